@@ -37,6 +37,8 @@ class DataConfig(_Section):
     caption_column: Optional[str] = Field("caption", description="Parquet column with captions, if present")
     npz_key: Optional[str] = Field(None, description="array name inside the .npz file")
     limit: Optional[int] = Field(None, ge=1, description="use only the first N samples")
+    duplicate_images: int = Field(0, ge=0, description="pick this many images (seeded) and add copies of them, to provoke memorization")
+    duplicate_copies: int = Field(0, ge=0, description="extra copies of each duplicated image, each with its own sample id")
 
     @model_validator(mode="after")
     def _check_path(self) -> "DataConfig":
@@ -118,6 +120,27 @@ class SamplingConfig(_Section):
     use_ema: bool = Field(True, description="sample grids and the exported model use the EMA weights")
 
 
+class EvaluationConfig(_Section):
+    enabled: bool = Field(True, description="evaluate the final model at the end of a training run")
+    num_samples: int = Field(500, ge=2, description="images generated for the evaluation")
+    inference_steps: int = Field(50, ge=1, description="DDIM steps per generated image")
+    seed: int = Field(1234, ge=0, description="seed of the generation noise")
+    batch_size: int = Field(256, ge=1, description="images per batch for generation and feature extraction")
+    k: int = Field(50, ge=2, description="neighbours in the nearest-neighbour ratio d1 / mean(d1..dk)")
+    block_size: int = Field(4096, ge=1, description="images per block of the nearest-neighbour search")
+    embedder: Optional[str] = Field(None, description="copy-detection embedder: a TorchScript file (SSCD, for example) or 'local'; None skips embedding metrics")
+    inception_weights: Optional[Path] = Field(None, description="local Inception-v3 FID weights file; None uses the built-in local feature extractor")
+    top_copies: int = Field(8, ge=1, description="most-copied generations shown per model in the report")
+
+    @model_validator(mode="after")
+    def _check_files(self) -> "EvaluationConfig":
+        if self.embedder not in (None, "local") and not Path(self.embedder).is_file():
+            raise ValueError(f"evaluation.embedder {self.embedder!r} is not a file; give a TorchScript file or 'local'")
+        if self.inception_weights is not None and not self.inception_weights.is_file():
+            raise ValueError(f"evaluation.inception_weights {str(self.inception_weights)!r} is not a file")
+        return self
+
+
 class RunConfig(_Section):
     name: str = Field("digits", min_length=1, description="run name; the run folder is output_dir/name")
     output_dir: Path = Field(Path("runs"), description="parent folder of run folders")
@@ -129,6 +152,7 @@ class RunConfig(_Section):
     msr: MSRConfig = MSRConfig()
     resources: ResourcesConfig = ResourcesConfig()
     sampling: SamplingConfig = SamplingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @field_validator("name")
     @classmethod

@@ -18,7 +18,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_iet.config import RunConfig, save_config
 from ray_iet.coordinator import CoordinatorActor
-from ray_iet.data.sources import check_enough_samples, image_shape, load_source
+from ray_iet.data.duplicates import add_duplicates
+from ray_iet.data.sources import check_enough_samples, decode_images, image_shape, load_source
 from ray_iet.diffusion.models import build_scheduler, build_unet, load_pretrained_scheduler, load_pretrained_unet
 from ray_iet.resources import resolve_shard_resources
 from ray_iet.weights import numpy_state
@@ -51,6 +52,7 @@ def load_data(config: RunConfig) -> pa.Table:
         npz_key=data.npz_key,
         limit=data.limit,
     )
+    table = add_duplicates(table, num_images=data.duplicate_images, copies=data.duplicate_copies, seed=config.seed)
     check_enough_samples(table, config.training.shards)
     return table
 
@@ -122,9 +124,23 @@ def train(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         resume=resume,
     )
     try:
-        return ray.get(coordinator.run.remote())
+        summary = ray.get(coordinator.run.remote())
     finally:
         ray.kill(coordinator)
+    if config.evaluation.enabled:
+        summary["evaluation"] = evaluate_run(config, prepared.table)
+    return summary
+
+
+def evaluate_run(config: RunConfig, table: pa.Table) -> dict[str, Any]:
+    """Evaluate the run's final model against its training data and write run_dir/report."""
+    from ray_iet.evaluate.report import write_report
+    from ray_iet.evaluate.run import evaluate_model, load_model
+
+    unet, scheduler = load_model(config.run_dir)
+    evaluation = evaluate_model(config.name, unet, scheduler, decode_images(table), config.evaluation)
+    report = write_report([evaluation], config.run_dir / "report", title=f"Evaluation of {config.name}", top_copies=config.evaluation.top_copies)
+    return {"report": str(report), **evaluation.to_dict()}
 
 
 def _log_banner(config: RunConfig, prepared: PreparedRun, resources: Any) -> None:

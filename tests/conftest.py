@@ -21,6 +21,7 @@ def tiny_config(tmp_path, **sections) -> RunConfig:
         "data": {"source": "digits", "limit": 96},
         "training": {"shards": 2, "rounds": 2, "local_epochs": 1, "batch_size": 16, "warmup_steps": 2},
         "sampling": {"num_images": 4, "inference_steps": 2},
+        "evaluation": {"num_samples": 24, "inference_steps": 3, "k": 10, "embedder": "local"},
     }
     for section, overrides in sections.items():
         if isinstance(overrides, dict):

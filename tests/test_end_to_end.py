@@ -100,3 +100,25 @@ def test_gpu_request_fails_with_resource_named(local_ray, tmp_path):
     with pytest.raises(ResourceError, match="GPU"):
         train(config)
     assert not config.run_dir.exists()
+
+
+def test_run_ends_with_evaluation_report(finished_run):
+    config, summary = finished_run
+    report = config.run_dir / "report"
+    assert summary["evaluation"]["memorization"]["num_generated"] == 24
+    assert (report / "report.md").is_file()
+    assert (report / "report.json").is_file()
+    assert (report / "ratio_histogram.png").is_file()
+    assert (report / "copies_test.png").is_file()
+
+
+def test_evaluate_command_on_run_folder(finished_run, tmp_path, capsys):
+    from ray_iet.cli import main
+
+    config, _ = finished_run
+    code = main(["evaluate", str(config.run_dir), "--output", str(tmp_path / "report"), "--evaluation.num_samples", "8"])
+    assert code == 0
+    assert "memorized" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["models"][0]["memorization"]["num_generated"] == 8
+    assert report["models"][0]["fid"]["extractor_name"] == "local-randconv-v1"
