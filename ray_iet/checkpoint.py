@@ -85,8 +85,8 @@ def write_round(
         _write_shard(temporary / "shards" / f"shard_{shard.shard:02d}", shard)
     (temporary / "round.json").write_text(json.dumps({"round": round_index, "num_shards": len(shards), **info}, indent=2))
 
-    # A folder with this name can only be left by a crash between the rename and the update of
-    # `latest`; it is complete but newer than `latest`, and this run replaces it.
+    # Only a crash between the rename and the update of `latest` leaves a folder with this name.
+    # It is complete but newer than `latest`, so this run replaces it.
     if final.exists():
         shutil.rmtree(final)
     os.rename(temporary, final)
@@ -123,16 +123,22 @@ def latest_round(run_dir: Path) -> int | None:
     return int(name.removeprefix("round_"))
 
 
+def read_shard_state(folder: Path) -> dict[str, Any]:
+    """Optimizer state, memory bank and counters of one shard from its checkpoint folder."""
+    return {"tensors": load_tensors(folder / "state.safetensors"), "meta": json.loads((folder / "state.json").read_text())}
+
+
+def shard_folder(run_dir: Path, round_index: int, shard: int) -> Path:
+    return run_dir / "rounds" / round_name(round_index) / "shards" / f"shard_{shard:02d}"
+
+
 def read_round(run_dir: Path, round_index: int) -> RoundCheckpoint:
     """Load the global weights, the assignment and every shard's state of a complete round."""
     folder = run_dir / "rounds" / round_name(round_index)
     info = json.loads((folder / "round.json").read_text())
     num_shards = int(info["num_shards"])
     shards = shards_from_table(pq.read_table(folder / "assignment.parquet"), num_shards)
-    states = []
-    for index in range(num_shards):
-        shard_folder = folder / "shards" / f"shard_{index:02d}"
-        states.append({"tensors": load_tensors(shard_folder / "state.safetensors"), "meta": json.loads((shard_folder / "state.json").read_text())})
+    states = [read_shard_state(shard_folder(run_dir, round_index, index)) for index in range(num_shards)]
     return RoundCheckpoint(
         round=round_index,
         weights=load_tensors(folder / "model" / WEIGHTS_FILE),

@@ -1,4 +1,4 @@
-"""Command line: `ray-iet train | evaluate | compare`."""
+"""Command line: `ray-iet train | evaluate | compare | tune`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train plain, IET, IET-AGC and IET-AGC+ on equal sample visits and report")
     compare.add_argument("--variants", default="plain,iet,iet-agc,iet-agc+", help="comma-separated variants to train [default: all four]")
     add_config_arguments(compare)
+
+    tune = commands.add_parser("tune", help="search lambda, R, P, K and local epochs with Ray Tune; writes best_config.yaml")
+    add_config_arguments(tune)
     return parser
 
 
@@ -88,11 +91,21 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tune(args: argparse.Namespace) -> int:
+    from ray_iet.tune import run_tune as search
+
+    result = search(config_from_args(args))
+    print(f"best parameters: {result['params']}")
+    print(f"best metrics: {result['metrics']}")
+    print(f"best config: {result['best_config']}")
+    return 0
+
+
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "compare": run_compare}
+COMMANDS = {"train": run_train, "evaluate": run_evaluate, "compare": run_compare, "tune": run_tune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def variant_config(base: RunConfig, variant: str) -> RunConfig:
-    """The base config with the variant's switches and its own run name; evaluation happens in compare."""
+    """Derive a variant's config: the base config with the variant's switches and its own run name."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     values = base.to_dict()

@@ -112,6 +112,7 @@ class ResourcesConfig(_Section):
     num_cpus_per_shard: Optional[float] = Field(None, gt=0, description="CPUs per shard actor; None divides the cluster's CPUs by K")
     num_gpus_per_shard: Optional[float] = Field(None, ge=0, description="GPUs per shard actor; None gives 1 with >= K GPUs, an equal share with fewer, 0 with none")
     actor_start_timeout_s: float = Field(300.0, gt=0, description="seconds to wait for the shard actors to be placed before failing")
+    max_round_retries: int = Field(2, ge=0, description="times a shard's round is retried from its start after the shard fails")
 
 
 class SamplingConfig(_Section):
@@ -141,6 +142,50 @@ class EvaluationConfig(_Section):
         return self
 
 
+def _default_search_space() -> dict[str, dict[str, list[Any]]]:
+    return {
+        "agc.skip_threshold": {"uniform": [0.3, 0.8]},
+        "agc.augment_factor": {"uniform": [1.2, 2.0]},
+        "msr.moves": {"choice": [0, 0.02, 0.05, 0.1]},
+        "training.shards": {"choice": [2, 3, 4]},
+        "training.local_epochs": {"choice": [10, 20, 40]},
+    }
+
+
+SEARCH_DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+
+
+class TuneConfig(_Section):
+    num_samples: int = Field(8, ge=1, description="trials to run")
+    search_space: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=_default_search_space,
+        description="dotted config field -> {choice: [values]} | {uniform: [low, high]} | {loguniform: [low, high]} | {randint: [low, high]}",
+    )
+    fid_weight: float = Field(0.005, ge=0, description="objective = memorized fraction + fid_weight * FID, minimised")
+    max_fid: Optional[float] = Field(None, gt=0, description="quality bound: a trial whose FID exceeds it gets 1 + (FID - max_fid) / max_fid added")
+    grace_period: int = Field(1, ge=1, description="rounds every trial runs before ASHA may stop it")
+    reduction_factor: int = Field(2, ge=2, description="ASHA keeps about 1 / reduction_factor of the trials at each rung")
+    max_concurrent_trials: Optional[int] = Field(None, ge=1, description="trials running at once; None lets the cluster's resources decide")
+    eval_samples: int = Field(100, ge=2, description="images generated for the quick evaluation after every round")
+    eval_inference_steps: int = Field(20, ge=1, description="DDIM steps of the quick evaluation")
+    coordinator_cpus: float = Field(1.0, gt=0, description="CPUs of each trial's coordinator bundle")
+    cpus_per_shard: float = Field(1.0, gt=0, description="CPUs of each shard bundle")
+    gpus_per_shard: Optional[float] = Field(None, ge=0, description="GPUs of each shard bundle; None: 1 when the cluster has GPUs, else 0")
+
+    @field_validator("search_space")
+    @classmethod
+    def _check_space(cls, space: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+        for key, spec in space.items():
+            if len(spec) != 1 or next(iter(spec)) not in SEARCH_DISTRIBUTIONS:
+                raise ValueError(f"tune.search_space[{key!r}] must be one of {{{', '.join(SEARCH_DISTRIBUTIONS)}: ...}}, got {spec}")
+            kind, values = next(iter(spec.items()))
+            if kind != "choice" and len(values) != 2:
+                raise ValueError(f"tune.search_space[{key!r}].{kind} needs [low, high], got {values}")
+            if not values:
+                raise ValueError(f"tune.search_space[{key!r}].choice needs at least one value")
+        return space
+
+
 class RunConfig(_Section):
     name: str = Field("digits", min_length=1, description="run name; the run folder is output_dir/name")
     output_dir: Path = Field(Path("runs"), description="parent folder of run folders")
@@ -153,6 +198,7 @@ class RunConfig(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     sampling: SamplingConfig = SamplingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    tune: TuneConfig = TuneConfig()
 
     @field_validator("name")
     @classmethod

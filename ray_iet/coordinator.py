@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -20,9 +20,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ray_iet.aggregation import WeightedAverage
-from ray_iet.checkpoint import ShardCheckpoint, latest_round, read_round, round_name, write_round
+from ray_iet.checkpoint import ShardCheckpoint, latest_round, read_round, read_shard_state, round_name, shard_folder, write_round
 from ray_iet.config import RunConfig
 from ray_iet.data.partition import initial_assignment, redistribute
+from ray_iet.failures import FailureDecision, RoundRetryPolicy, ShardFailedError, describe
 from ray_iet.diffusion.sampling import save_grid
 from ray_iet.resources import ResourceError, ShardResources
 from ray_iet.shard import ShardActor
@@ -40,8 +41,9 @@ class Coordinator:
         unet_config: `UNet2DModel.config` of the model to train.
         initial_weights: the round-1 weights (random preset or pretrained).
         scheduler_config: `DDPMScheduler.config` of the noise schedule.
-        resources: what each shard actor asks Ray for.
+        resources: the CPUs and GPUs each shard actor requests from Ray.
         resume: continue from the run folder's last complete round.
+        round_callback: called after each round's checkpoint with (round, round folder, shard statistics).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class Coordinator:
         resources: ShardResources,
         *,
         resume: bool = False,
+        round_callback: Optional[Callable[[int, Path, list[dict[str, Any]]], None]] = None,
     ):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         torch.set_num_threads(1)
@@ -64,10 +67,12 @@ class Coordinator:
         self.scheduler = DDPMScheduler.from_config(scheduler_config)
         self.resources = resources
         self.resume = resume
+        self.round_callback = round_callback
         self.run_dir = config.run_dir
         self.ids = table.column("id").to_numpy()
         self._row_of_id = {int(sample_id): row for row, sample_id in enumerate(self.ids)}
         self.actors: list[Any] = []
+        self.failure_policy = RoundRetryPolicy(max_retries=config.resources.max_round_retries)
 
     # ----------------------------------------------------------------------------------------
 
@@ -104,9 +109,14 @@ class Coordinator:
     def _start_actors(self, start_round: int) -> None:
         unet_config = dict(self.unet.config)
         scheduler_config = dict(self.scheduler.config)
-        options = dict(num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus)
+        options = dict(
+            num_cpus=self.resources.num_cpus,
+            num_gpus=self.resources.num_gpus,
+            max_restarts=self.config.resources.max_round_retries,
+            max_task_retries=0,
+        )
         self.actors = [
-            ShardActor.options(**options).remote(
+            ShardActor.options(**options, name=shard_actor_name(self.run_dir, index)).remote(
                 self.config.to_dict(), index, unet_config, scheduler_config, self.resources.torch_threads
             )
             for index in range(self.config.training.shards)
@@ -136,13 +146,23 @@ class Coordinator:
         started = time.perf_counter()
 
         # Broadcast: one put of the global weights; every actor reads the same object.
-        weights_ref, ema_ref = ray.put(weights), ray.put(ema)
+        inputs = (ray.put(weights), ray.put(ema))
         tables = [ray.put(self._shard_table(ids)) for ids in shards]
-        calls = [actor.train_round.remote(round_index, weights_ref, ema_ref, table) for actor, table in zip(self.actors, tables)]
-        summaries = ray.get([summary for summary, _, _ in calls])
+        calls = [actor.train_round.remote(round_index, *inputs, table) for actor, table in zip(self.actors, tables)]
 
-        # Aggregation, streaming: each proxy is added as soon as it arrives, then dropped.
-        new_weights, new_ema = self._aggregate(calls, summaries)
+        # Aggregation while shards still train. Proxies are added in shard order, not arrival
+        # order, so the float sums (and so a resumed run's weights) do not depend on timing.
+        # Only one proxy at a time is in memory.
+        model_average, ema_average = WeightedAverage(), WeightedAverage()
+        summaries, state_refs = [], []
+        for index in range(len(self.actors)):
+            summary, proxy, state_ref = self._collect(index, round_index, calls, inputs, tables[index])
+            model_average.add(proxy["model"], summary["stats"]["samples"])
+            ema_average.add(proxy["ema"], summary["stats"]["samples"])
+            del proxy
+            summaries.append(summary)
+            state_refs.append(state_ref)
+        new_weights, new_ema = model_average.result(), ema_average.result()
 
         # Redistribution of the most skipped samples to the next shard in the ring.
         skip_counts = {int(i): int(c) for s in summaries for i, c in zip(s["ids"], s["skip_counts"]) if c > 0}
@@ -157,28 +177,59 @@ class Coordinator:
 
         checkpoints = (
             ShardCheckpoint(shard=index, state=ray.get(state_ref), ids=summaries[index]["ids"], skip_counts=summaries[index]["skip_counts"])
-            for index, (_, _, state_ref) in enumerate(calls)
+            for index, state_ref in enumerate(state_refs)
         )
-        write_round(
+        folder = write_round(
             self.run_dir, round_index, unet=self.unet, scheduler=self.scheduler, weights=new_weights, ema=new_ema,
             shards=new_shards, shard_checkpoints=checkpoints, info={"shards": stats},
         )
         grid = self._sample_grid(round_index, new_ema if self.config.sampling.use_ema else new_weights)
         self._log_round(round_index, stats, time.perf_counter() - started, grid)
+        if self.round_callback is not None:
+            self.round_callback(round_index, folder, stats)
         return new_weights, new_ema, new_shards
 
-    def _aggregate(self, calls: list[Any], summaries: list[dict[str, Any]]) -> tuple[StateDict, StateDict]:
-        model_average, ema_average = WeightedAverage(), WeightedAverage()
-        pending = {weights_ref: index for index, (_, weights_ref, _) in enumerate(calls)}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready[0])
-            proxy = ray.get(ready[0])
-            num_examples = summaries[index]["stats"]["samples"]
-            model_average.add(proxy["model"], num_examples)
-            ema_average.add(proxy["ema"], num_examples)
-            del proxy
-        return model_average.result(), ema_average.result()
+    def _collect(self, index: int, round_index: int, calls: list[Any], inputs: tuple[Any, Any], table: Any) -> tuple[dict[str, Any], dict[str, StateDict], Any]:
+        """Wait for one shard's round, retrying it from the round's start when the shard fails."""
+        failures = 0
+        while True:
+            summary_ref, proxy_ref, state_ref = calls[index]
+            try:
+                summary, proxy = ray.get([summary_ref, proxy_ref])
+                summary["stats"]["attempts"] = failures + 1
+                return summary, proxy, state_ref
+            except ray.exceptions.RayError as error:
+                failures += 1
+                if self.failure_policy.decide(failures) is FailureDecision.RAISE:
+                    raise ShardFailedError(
+                        f"shard {index} failed in round {round_index} {failures} times, the last time with {describe(error)}; "
+                        f"the run stops here and can continue with --resume from its last complete round"
+                    ) from error
+                logger.warning(
+                    "shard %d failed in round %d (attempt %d of %d): %s; restoring the shard's state from the start of the round and retrying",
+                    index, round_index, failures, self.failure_policy.max_retries + 1, describe(error),
+                )
+                self._wait_until_available(index)
+                ray.get(self.actors[index].load_state.remote(self._round_start_state(index, round_index)))
+                calls[index] = self.actors[index].train_round.remote(round_index, *inputs, table)
+
+    def _wait_until_available(self, index: int) -> None:
+        """Block while Ray restarts a killed shard actor; calls in the meantime fail at once."""
+        deadline = time.monotonic() + self.config.resources.actor_start_timeout_s
+        while True:
+            try:
+                ray.get(self.actors[index].ready.remote())
+                return
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _round_start_state(self, index: int, round_index: int) -> dict[str, Any] | None:
+        """Return the shard's state at the start of a round: the previous round's checkpoint, or None (fresh) in round 1."""
+        if round_index == 1:
+            return None
+        return read_shard_state(shard_folder(self.run_dir, round_index - 1, index))
 
     def _shard_table(self, ids: np.ndarray) -> pa.Table:
         rows = np.fromiter((self._row_of_id[int(i)] for i in ids), dtype=np.int64, count=len(ids))
@@ -233,6 +284,11 @@ class Coordinator:
             shutil.rmtree(target)
         temporary.rename(target)
         return target
+
+
+def shard_actor_name(run_dir: Path, index: int) -> str:
+    """Ray actor name of a shard, unique per run folder, for `ray.get_actor` in tools and tests."""
+    return f"ray-iet:{run_dir}:shard_{index:02d}"
 
 
 CoordinatorActor = ray.remote(num_cpus=0)(Coordinator)

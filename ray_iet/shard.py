@@ -1,6 +1,6 @@
 """Training stage of one shard: a proxy diffusion model trained with anti-gradient control.
 
-`ShardTrainer` holds all the training logic and runs without Ray; `ShardActor` is its Ray actor.
+`ShardTrainer` contains all the training logic and runs without Ray; `ShardActor` is its Ray actor.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RoundStats:
-    """What one shard did in one round; kept + augmented + skipped == visits."""
+    """Statistics of one shard in one round (kept + augmented + skipped == visits)."""
 
     shard: int
     round: int
@@ -199,7 +199,7 @@ class ShardTrainer:
         if stepped:
             self._step(used_losses[used].mean())
 
-        # 5. The memory bank sees the original, un-augmented losses.
+        # 5. The memory bank is updated with the original, un-augmented losses.
         self.bank.update(detached, timesteps)
         return dict(
             skip=decision.skip,
@@ -244,7 +244,7 @@ class ShardTrainer:
     # Results and state
 
     def weights(self) -> tuple[StateDict, StateDict]:
-        """The proxy weights and EMA weights as numpy arrays."""
+        """Return the proxy weights and EMA weights as numpy arrays."""
         ema = {name: value.detach().cpu().numpy() for name, value in self.ema.items()}
         return numpy_state(self.model), ema
 
@@ -262,6 +262,13 @@ class ShardTrainer:
             param_groups=optimizer_state["param_groups"],
         )
         return {"tensors": tensors, "meta": meta}
+
+    def reset_state(self) -> None:
+        """Forget optimizer state, memory bank and counters, as for a shard that has not trained yet."""
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.training.learning_rate)
+        self.bank.values.fill_(self.config.agc.bank_init)
+        self.optimizer_steps = 0
+        self.ema_updates = 0
 
     def load_state(self, state: dict[str, Any]) -> None:
         tensors, meta = state["tensors"], state["meta"]
@@ -295,8 +302,12 @@ class ShardActor:
     def ready(self) -> dict[str, Any]:
         return {"shard": self.trainer.shard_index, "device": str(self.trainer.device), "node": ray.get_runtime_context().get_node_id()}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.trainer.load_state(state)
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        """Restore the state a shard had at the end of a round; None resets it to a fresh shard."""
+        if state is None:
+            self.trainer.reset_state()
+        else:
+            self.trainer.load_state(state)
 
     def sample(self, weights: StateDict, num_images: int, inference_steps: int, seed: int) -> np.ndarray:
         """Generate images from the given weights on this actor's device; (N, C, H, W) floats in [0, 1]."""

@@ -21,14 +21,14 @@ from ray_iet.coordinator import CoordinatorActor
 from ray_iet.data.duplicates import add_duplicates
 from ray_iet.data.sources import check_enough_samples, decode_images, image_shape, load_source
 from ray_iet.diffusion.models import build_scheduler, build_unet, load_pretrained_scheduler, load_pretrained_unet
-from ray_iet.resources import resolve_shard_resources
+from ray_iet.resources import ShardResources, resolve_shard_resources
 from ray_iet.weights import numpy_state
 
 logger = logging.getLogger(__name__)
 
 
 class RunFolderError(RuntimeError):
-    """The run folder already holds rounds of another run, or has none to resume."""
+    """The run folder already contains rounds and --resume was not given."""
 
 
 @dataclass
@@ -58,7 +58,7 @@ def load_data(config: RunConfig) -> pa.Table:
 
 
 def build_model(config: RunConfig, table: pa.Table) -> tuple[UNet2DModel, DDPMScheduler]:
-    """The round-1 model and its noise schedule, checked against the data's image shape."""
+    """Build the round-1 model and its noise schedule, checked against the data's image shape."""
     height, width, channels = image_shape(table)
     if height != width:
         raise ValueError(f"images are {height}x{width}; the UNet needs square images, set data.image_size")
@@ -85,7 +85,7 @@ def prepare_run(config: RunConfig, *, resume: bool = False) -> PreparedRun:
     config = config.model_copy(update={"output_dir": config.output_dir.resolve()})
     run_dir = config.run_dir
     if not resume and (run_dir / "latest").exists():
-        raise RunFolderError(f"run folder {run_dir} already holds rounds; pass --resume to continue it or set name to a new run name")
+        raise RunFolderError(f"run folder {run_dir} already contains rounds; pass --resume to continue it or set name to a new run name")
     table = load_data(config)
     unet, scheduler = build_model(config, table)
     return PreparedRun(config=config, table=table, unet=unet, scheduler=scheduler)
@@ -98,8 +98,8 @@ def init_ray() -> None:
     ray.init(logging_level=logging.WARNING, configure_logging=False, include_dashboard=None)
 
 
-def train(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Train IET-AGC+ as the config says and return the coordinator's summary."""
+def start_run(config: RunConfig, *, resume: bool = False) -> tuple[PreparedRun, ShardResources]:
+    """Check everything, join Ray, create the run folder and write its config.yaml."""
     prepared = prepare_run(config, resume=resume)
     config = prepared.config
     init_ray()
@@ -110,19 +110,31 @@ def train(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         num_gpus=config.resources.num_gpus_per_shard,
     )
     _log_banner(config, prepared, resources)
-
     config.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, config.run_dir / "config.yaml")
-    node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    coordinator = CoordinatorActor.options(scheduling_strategy=node).remote(
-        config,
-        ray.put(prepared.table),
+    return prepared, resources
+
+
+def coordinator_arguments(prepared: PreparedRun, resources: ShardResources) -> tuple[Any, ...]:
+    """Positional arguments of Coordinator for a prepared run."""
+    return (
+        prepared.config,
+        prepared.table,
         dict(prepared.unet.config),
         numpy_state(prepared.unet),
         dict(prepared.scheduler.config),
         resources,
-        resume=resume,
     )
+
+
+def train(config: RunConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train IET-AGC+ with the given config, evaluate the final model if enabled, and return a summary."""
+    prepared, resources = start_run(config, resume=resume)
+    config = prepared.config
+    node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    arguments = list(coordinator_arguments(prepared, resources))
+    arguments[1] = ray.put(prepared.table)
+    coordinator = CoordinatorActor.options(scheduling_strategy=node).remote(*arguments, resume=resume)
     try:
         summary = ray.get(coordinator.run.remote())
     finally:
@@ -143,7 +155,7 @@ def evaluate_run(config: RunConfig, table: pa.Table) -> dict[str, Any]:
     return {"report": str(report), **evaluation.to_dict()}
 
 
-def _log_banner(config: RunConfig, prepared: PreparedRun, resources: Any) -> None:
+def _log_banner(config: RunConfig, prepared: PreparedRun, resources: ShardResources) -> None:
     height, width, channels = image_shape(prepared.table)
     training = config.training
     parameters = sum(p.numel() for p in prepared.unet.parameters())
