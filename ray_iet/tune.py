@@ -39,7 +39,7 @@ def search_space(config: RunConfig) -> dict[str, Any]:
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], trial_dir: Path) -> RunConfig:
-    """The base config with one trial's sampled values; its run folder is inside the trial folder."""
+    """Build one trial's config: the base values with the sampled ones, run folder inside the trial folder."""
     values = yaml.safe_load(yaml.safe_dump(base))
     for key, value in params.items():
         set_dotted(values, key, value.item() if isinstance(value, np.generic) else value)
@@ -50,7 +50,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], trial_dir: Path) 
 
 
 def objective(memorized: float, fid: float, config: RunConfig) -> float:
-    """Memorized fraction plus fid_weight * FID; a FID above max_fid adds 1 + its relative excess."""
+    """Compute memorized fraction + fid_weight * FID, plus 1 + the relative excess when FID is above max_fid."""
     value = memorized + config.tune.fid_weight * fid
     if config.tune.max_fid is not None and fid > config.tune.max_fid:
         value += 1.0 + (fid - config.tune.max_fid) / config.tune.max_fid
@@ -58,7 +58,7 @@ def objective(memorized: float, fid: float, config: RunConfig) -> float:
 
 
 def trial_resources(base: RunConfig):
-    """Placement group per trial: one bundle for the coordinator, one per shard (K is sampled)."""
+    """Build the per-trial placement group: one bundle for the coordinator and one per shard (K is sampled)."""
     gpus = base.tune.gpus_per_shard
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -72,7 +72,7 @@ def trial_resources(base: RunConfig):
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], shard_bundle: dict[str, float]) -> None:
-    """Tune function trainable: train one configuration, reporting after every round."""
+    """Train one configuration as a Tune function trainable, reporting after every round."""
     from ray_iet.coordinator import Coordinator
     from ray_iet.data.sources import decode_images
     from ray_iet.evaluate.run import evaluate_model
@@ -127,7 +127,7 @@ def _restore_checkpoint(config: RunConfig) -> bool:
 
 
 def run_tune(base: RunConfig) -> dict[str, Any]:
-    """Run the search; writes best_config.yaml and returns the best trial's metrics and config path."""
+    """Run the search, write best_config.yaml and return the best trial's parameters, metrics and config path."""
     from ray_iet.train import init_ray
 
     init_ray()

@@ -1,10 +1,19 @@
 import numpy as np
 import pytest
+import ray
 import torch
 
 from ray_iet.config import RunConfig
 from ray_iet.data.sources import load_source
 from ray_iet.train import build_model
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private Ray instance with 2 CPUs, shared by the tests of one module."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,9 @@
 import json
 
 import pytest
-import ray
 
 from conftest import tiny_config
 from ray_iet.compare import VARIANTS, compare, variant_config
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def test_variants_switch_parts(tmp_path):

@@ -5,20 +5,12 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from diffusers import DDPMPipeline
 
 from conftest import tiny_config
 from ray_iet.resources import ResourceError
 from ray_iet.train import train
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def read_metrics(run_dir):

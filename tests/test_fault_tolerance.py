@@ -16,13 +16,6 @@ from ray_iet.coordinator import shard_actor_name
 from ray_iet.train import train
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def shard_rows(run_dir):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [row for row in map(json.loads, lines) if row["type"] == "shard"]

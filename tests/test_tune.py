@@ -3,19 +3,11 @@
 import json
 
 import pytest
-import ray
 import yaml
 
 from conftest import tiny_config
 from ray_iet.config import ConfigError, build_config
 from ray_iet.tune import objective, run_tune
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def test_objective_adds_fid_and_bound(tmp_path):
