@@ -168,9 +168,9 @@ class TuneConfig(_Section):
     max_concurrent_trials: Optional[int] = Field(None, ge=1, description="trials running at once; None lets the cluster's resources decide")
     eval_samples: int = Field(100, ge=2, description="images generated for the quick evaluation after every round")
     eval_inference_steps: int = Field(20, ge=1, description="DDIM steps of the quick evaluation")
-    coordinator_cpus: float = Field(1.0, gt=0, description="CPUs of each trial's coordinator bundle")
-    cpus_per_shard: float = Field(1.0, gt=0, description="CPUs of each shard bundle")
-    gpus_per_shard: Optional[float] = Field(None, ge=0, description="GPUs of each shard bundle; None: 1 when the cluster has GPUs, else 0")
+    coordinator_cpus: float = Field(0.5, gt=0, description="CPUs of each trial's coordinator bundle")
+    cpus_per_shard: Optional[float] = Field(None, gt=0, description="CPUs of each shard bundle; None: 1 when a trial with the largest K fits, else an equal share of the rest")
+    gpus_per_shard: Optional[float] = Field(None, ge=0, description="GPUs of each shard bundle; None: 1 with at least the largest K GPUs, an equal share with fewer, 0 with none")
 
     @field_validator("search_space")
     @classmethod

@@ -72,6 +72,7 @@ class Coordinator:
         self.ids = table.column("id").to_numpy()
         self._row_of_id = {int(sample_id): row for row, sample_id in enumerate(self.ids)}
         self.actors: list[Any] = []
+        self._pending_states: list[dict[str, Any]] | None = None
         self.failure_policy = RoundRetryPolicy(max_retries=config.resources.max_round_retries)
 
     # ----------------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ class Coordinator:
         """Train every remaining round and export the final model; returns a summary."""
         started = time.perf_counter()
         start_round, weights, ema, shards = self._initial_state()
-        self._start_actors(start_round)
+        self._start_actors()
 
         for round_index in range(start_round + 1, self.config.training.rounds + 1):
             weights, ema, shards = self._run_round(round_index, weights, ema, shards)
@@ -95,7 +96,6 @@ class Coordinator:
         if completed is None:
             weights = self.initial_weights
             shards = initial_assignment(self.ids, self.config.training.shards, self.config.seed)
-            self._pending_states: list[dict[str, Any]] | None = None
             self._truncate_metrics(0)
             return 0, weights, {k: v.copy() for k, v in weights.items()}, shards
         checkpoint = read_round(self.run_dir, completed)
@@ -106,7 +106,7 @@ class Coordinator:
         logger.info("resuming after %s of %s", round_name(completed), self.run_dir)
         return completed, checkpoint.weights, checkpoint.ema, checkpoint.shards
 
-    def _start_actors(self, start_round: int) -> None:
+    def _start_actors(self) -> None:
         unet_config = dict(self.unet.config)
         scheduler_config = dict(self.scheduler.config)
         options = dict(

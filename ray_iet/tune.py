@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,18 +58,52 @@ def objective(memorized: float, fid: float, config: RunConfig) -> float:
     return value
 
 
-def trial_resources(base: RunConfig):
-    """Build the per-trial placement group: one bundle for the coordinator and one per shard (K is sampled)."""
-    gpus = base.tune.gpus_per_shard
+def largest_shard_count(config: RunConfig) -> int:
+    """Return the largest K the search can sample, or training.shards when K is not searched."""
+    spec = config.tune.search_space.get("training.shards")
+    if spec is None:
+        return config.training.shards
+    kind, values = next(iter(spec.items()))
+    if kind == "randint":
+        return int(values[1]) - 1  # tune.randint excludes the upper bound
+    return int(max(values))
+
+
+def shard_bundle(config: RunConfig, cluster: dict[str, float]) -> dict[str, float]:
+    """Pick each shard bundle's resources so that a trial with the largest K fits the cluster.
+
+    Raises:
+        ResourceError: when even one such trial cannot be placed; Tune would otherwise wait forever.
+    """
+    from ray_iet.resources import ResourceError
+
+    max_shards = largest_shard_count(config)
+    total_cpus, total_gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    spare_cpus = total_cpus - config.tune.coordinator_cpus
+    cpus = config.tune.cpus_per_shard
+    if cpus is None:
+        cpus = 1.0 if spare_cpus >= max_shards else math.floor(spare_cpus / max_shards * 100) / 100
+    gpus = config.tune.gpus_per_shard
     if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    shard_bundle = {"CPU": base.tune.cpus_per_shard, **({"GPU": gpus} if gpus else {})}
+        gpus = 1.0 if total_gpus >= max_shards else math.floor(total_gpus / max_shards * 100) / 100
+    if cpus <= 0 or cpus * max_shards > spare_cpus + 1e-6:
+        raise ResourceError(
+            f"a trial with {max_shards} shards needs {config.tune.coordinator_cpus:g} + {max_shards} x {cpus:g} CPU but the "
+            f"cluster has {total_cpus:g} CPU; lower tune.cpus_per_shard, tune.coordinator_cpus or the largest training.shards"
+        )
+    if gpus * max_shards > total_gpus + 1e-6:
+        raise ResourceError(f"a trial with {max_shards} shards needs {max_shards} x {gpus:g} GPU but the cluster has {total_gpus:g} GPU")
+    return {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+
+
+def trial_resources(base: RunConfig, bundle: dict[str, float]):
+    """Return the placement group factory: one bundle for the coordinator and one per shard (K may be sampled)."""
 
     def resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
         shards = int(params.get("training.shards", base.training.shards))
-        return tune.PlacementGroupFactory([{"CPU": base.tune.coordinator_cpus}] + [dict(shard_bundle) for _ in range(shards)])
+        return tune.PlacementGroupFactory([{"CPU": base.tune.coordinator_cpus}] + [dict(bundle) for _ in range(shards)])
 
-    return resources, shard_bundle
+    return resources
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], shard_bundle: dict[str, float]) -> None:
@@ -133,15 +168,16 @@ def run_tune(base: RunConfig) -> dict[str, Any]:
     init_ray()
     storage = (base.output_dir / f"{base.name}-tune").resolve()
     storage.mkdir(parents=True, exist_ok=True)
-    resources, shard_bundle = trial_resources(base)
+    bundle = shard_bundle(base, ray.cluster_resources())
+    logger.info("each trial reserves %g CPU for its coordinator and %s per shard", base.tune.coordinator_cpus, bundle)
     base_values = base.to_dict()
-    trainable = tune.with_parameters(run_trial, base=base_values, shard_bundle=shard_bundle)
+    trainable = tune.with_parameters(run_trial, base=base_values, shard_bundle=bundle)
     scheduler = tune.schedulers.ASHAScheduler(
         time_attr="round", max_t=base.training.rounds, grace_period=min(base.tune.grace_period, base.training.rounds),
         reduction_factor=base.tune.reduction_factor,
     )
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
+        tune.with_resources(trainable, trial_resources(base, bundle)),
         param_space=search_space(base),
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode="min", scheduler=scheduler, num_samples=base.tune.num_samples,
@@ -153,9 +189,8 @@ def run_tune(base: RunConfig) -> dict[str, Any]:
         ),
     )
     results = tuner.fit()
-    errors = [result.error for result in results if result.error is not None]
-    if errors and len(errors) == len(results):
-        raise RuntimeError(f"every Tune trial failed; the first error: {errors[0]}")
+    if results.num_errors == len(results):
+        raise RuntimeError(f"every Tune trial failed; the first error: {results.errors[0]}")
     best = results.get_best_result(metric=OBJECTIVE, mode="min", scope="all")
     best_path = storage / "best_config.yaml"
     _write_best_config(base_values, best.config, best_path, base.name)

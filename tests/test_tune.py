@@ -58,3 +58,27 @@ def test_best_config_runs_in_main_job(local_ray, tmp_path):
     result = run_tune(config)
     assert main(["train", "--config", result["best_config"]]) == 0
     assert (tmp_path / "runs" / "test-best" / "model" / "model_index.json").is_file()
+
+
+def test_shard_bundle_fits_small_machine(tmp_path):
+    from ray_iet.tune import shard_bundle
+
+    config = tiny_config(tmp_path, tune={"search_space": {"training.shards": {"choice": [2, 4]}}})
+    bundle = shard_bundle(config, {"CPU": 2.0})
+    assert bundle == {"CPU": 0.37}
+
+
+def test_shard_bundle_whole_cpus_on_large_cluster(tmp_path):
+    from ray_iet.tune import shard_bundle
+
+    config = tiny_config(tmp_path, tune={"search_space": {"training.shards": {"randint": [2, 5]}}})
+    assert shard_bundle(config, {"CPU": 64.0, "GPU": 8.0}) == {"CPU": 1.0, "GPU": 1.0}
+
+
+def test_shard_bundle_too_large_rejected(tmp_path):
+    from ray_iet.resources import ResourceError
+    from ray_iet.tune import shard_bundle
+
+    config = tiny_config(tmp_path, tune={"cpus_per_shard": 1.0})
+    with pytest.raises(ResourceError, match="CPU"):
+        shard_bundle(config, {"CPU": 2.0})
