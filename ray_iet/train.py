@@ -7,6 +7,8 @@ checked before the run folder is created, so bad input leaves no checkpoint behi
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +97,28 @@ def init_ray() -> None:
     """Join the cluster this driver runs in (`ray job submit`, or `ray start` on this machine), else start a local one."""
     if ray.is_initialized():
         return
-    ray.init(logging_level=logging.WARNING, configure_logging=False, include_dashboard=None)
+    address = None if os.environ.get("RAY_ADDRESS") else _stale_local_cluster()
+    ray.init(address=address, logging_level=logging.WARNING, configure_logging=False, include_dashboard=None)
+
+
+def _stale_local_cluster() -> str | None:
+    """Return "local" when the address file of `ray start` names a head that no longer answers.
+
+    A head stopped without `ray stop` (killed, or its machine restarted) leaves that file behind,
+    and a plain `ray.init()` then retries the dead address for minutes instead of starting Ray.
+    """
+    from ray._private.utils import read_ray_address  # private, present since Ray 2.0
+
+    recorded = read_ray_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return None
+    except (OSError, ValueError):
+        logger.warning("the Ray head recorded in Ray's address file (%s) does not answer; starting a local Ray instance", recorded)
+        return "local"
 
 
 def start_run(config: RunConfig, *, resume: bool = False) -> tuple[PreparedRun, ShardResources]:
