@@ -56,8 +56,8 @@ class ModelConfig(_Section):
     )
     pretrained: Optional[Path] = Field(None, description="local diffusers folder (pipeline or UNet) to start from instead of a preset")
     num_train_timesteps: int = Field(1000, ge=2, le=100_000, description="diffusion steps T")
-    beta_start: float = Field(1e-4, gt=0, lt=1)
-    beta_end: float = Field(0.02, gt=0, lt=1)
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="first beta of the linear noise schedule")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="last beta of the linear noise schedule")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -271,7 +271,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config file; options below override its values")
     group = parser.add_argument_group("configuration overrides (YAML syntax values)")
     for dotted, info in _leaf_fields(RunConfig):
-        default = info.default
+        default = info.get_default(call_default_factory=True)
         help_text = (info.description or "") + f" [default: {default}]"
         group.add_argument(f"--{dotted}", dest=f"override:{dotted}", metavar="VALUE", help=help_text.replace("%", "%%"))
 

@@ -87,7 +87,7 @@ def prepare_run(config: RunConfig, *, resume: bool = False) -> PreparedRun:
     config = config.model_copy(update={"output_dir": config.output_dir.resolve()})
     run_dir = config.run_dir
     if not resume and (run_dir / "latest").exists():
-        raise RunFolderError(f"run folder {run_dir} already contains rounds; pass --resume to continue it or set name to a new run name")
+        raise RunFolderError(f"run folder {run_dir} already contains rounds; continue it with `ray-iet train --resume` (or `jobs/run_iet.py --resume`) or set --name to a new run name")
     table = load_data(config)
     unet, scheduler = build_model(config, table)
     return PreparedRun(config=config, table=table, unet=unet, scheduler=scheduler)

@@ -191,11 +191,23 @@ def run_tune(base: RunConfig) -> dict[str, Any]:
     results = tuner.fit()
     if results.num_errors == len(results):
         raise RuntimeError(f"every Tune trial failed; the first error: {results.errors[0]}")
-    best = results.get_best_result(metric=OBJECTIVE, mode="min", scope="all")
+    best = best_result(results, base.training.rounds)
     best_path = storage / "best_config.yaml"
     _write_best_config(base_values, best.config, best_path, base.name)
     logger.info("best trial: %s with %s; config written to %s", best.config, {k: best.metrics[k] for k in ("memorized_fraction", "fid", OBJECTIVE)}, best_path)
     return {"best_config": str(best_path), "params": best.config, "metrics": {k: best.metrics.get(k) for k in ("round", "memorized_fraction", "fid", OBJECTIVE)}}
+
+
+def best_result(results: Any, rounds: int) -> Any:
+    """Pick the trial with the lowest final objective among those that trained every round.
+
+    Trials that ASHA stopped early are undertrained, and an undertrained model copies less and
+    so scores a low memorized fraction; they win only when no trial finished.
+    """
+    reported = [results[index] for index in range(len(results)) if results[index].error is None and results[index].metrics]
+    finished = [result for result in reported if result.metrics.get("round") == rounds]
+    candidates = finished or reported
+    return min(candidates, key=lambda result: result.metrics[OBJECTIVE])
 
 
 def _write_best_config(base: dict[str, Any], params: dict[str, Any], path: Path, name: str) -> None:
