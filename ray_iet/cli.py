@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure memorization and quality of a trained model")
     evaluate.add_argument("model", type=Path, help="run folder or diffusers DDPMPipeline folder")
-    evaluate.add_argument("--output", type=Path, help="report folder [default: RUN/report for a run folder, else ./report]")
+    evaluate.add_argument("--output", type=Path, help="report folder [default: RUN/evaluation for a run folder, so the training run's RUN/report stays; else ./evaluation]")
     add_config_arguments(evaluate)
 
     compare = commands.add_parser("compare", help="train plain, IET, IET-AGC and IET-AGC+ on equal sample visits and report")
@@ -74,7 +74,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     unet, scheduler = load_model(args.model)
     evaluation = evaluate_model(config.name if is_run else args.model.name, unet, scheduler, decode_images(load_data(config)), config.evaluation)
-    output = args.output or (args.model / "report" if is_run else Path("report"))
+    output = args.output or (args.model / "evaluation" if is_run else Path("evaluation"))
     report = write_report([evaluation], output, title=f"Evaluation of {args.model}", top_copies=config.evaluation.top_copies)
     print_headline({**evaluation.to_dict(), "report": str(report)})
     return 0

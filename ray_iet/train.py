@@ -102,7 +102,7 @@ def init_ray() -> None:
 
 
 def _stale_local_cluster() -> str | None:
-    """Return "local" when the address file of `ray start` names a head that no longer answers.
+    """Return "local" when the address file of `ray start` names a head that is no longer reachable.
 
     A head stopped without `ray stop` (killed, or its machine restarted) leaves that file behind,
     and a plain `ray.init()` then retries the dead address for minutes instead of starting Ray.
@@ -117,7 +117,7 @@ def _stale_local_cluster() -> str | None:
         socket.create_connection((host, int(port)), timeout=2).close()
         return None
     except (OSError, ValueError):
-        logger.warning("the Ray head recorded in Ray's address file (%s) does not answer; starting a local Ray instance", recorded)
+        logger.warning("the Ray head recorded in Ray's address file (%s) is not reachable; starting a local Ray instance", recorded)
         return "local"
 
 
