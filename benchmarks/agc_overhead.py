@@ -1,8 +1,8 @@
 """Measure the cost of anti-gradient control: shard throughput with AGC and TAA on versus off.
 
-Runs one ShardTrainer (no Ray) on the scikit-learn digits for a few epochs per setting,
-interleaving the settings so that machine noise hits them alike, and prints images per second
-and the ratio to plain training measured in the same run.
+Runs one ShardTrainer (no Ray) on the scikit-learn digits for a few epochs per setting. The
+settings are interleaved so that machine noise hits them alike. Prints images per second and the
+ratio to plain training measured in the same run.
 
     python benchmarks/agc_overhead.py [--epochs 3] [--repeats 3] [--threads 1]
 """

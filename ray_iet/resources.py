@@ -1,4 +1,4 @@
-"""Resources each shard actor asks Ray for, checked against the cluster before any actor starts.
+"""Resources each shard actor requests from Ray, checked against the cluster before any actor starts.
 
 An actor whose request the cluster can never satisfy stays pending forever in Ray without an
 error, so an impossible request is rejected here with the resource named.
@@ -35,11 +35,11 @@ def resolve_shard_resources(
 ) -> ShardResources:
     """Pick per-shard CPUs and GPUs (defaults from the cluster) and check that K shards fit.
 
-    Defaults: one GPU per shard with at least K GPUs, an equal share of the GPUs with fewer, none
-    without GPUs; the CPUs divided equally between the shards.
+    Defaults: one GPU per shard with at least K GPUs, an equal share of the GPUs with fewer, and
+    none without GPUs. The CPUs are divided equally between the shards.
 
-    NOTE: checks the resources the cluster has now; an autoscaling cluster that would add nodes
-    on demand needs explicit per-shard values and still gets this check against current totals.
+    NOTE: checks the resources the cluster has now. An autoscaling cluster that would add nodes on
+    demand needs explicit per-shard values, and those are still checked against current totals.
     """
     total_cpus = float(cluster.get("CPU", 0))
     total_gpus = float(cluster.get("GPU", 0))

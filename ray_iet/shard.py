@@ -283,10 +283,6 @@ class ShardTrainer:
         self.ema_updates = int(meta["ema_updates"])
 
 
-def stats_dict(stats: RoundStats) -> dict[str, Any]:
-    return asdict(stats)
-
-
 @ray.remote
 class ShardActor:
     """Ray actor around a ShardTrainer; the coordinator passes weights and tables as object refs."""
@@ -326,5 +322,5 @@ class ShardActor:
             stats.shard, stats.round, stats.samples, stats.kept, stats.augmented, stats.skipped, stats.mean_loss, stats.images_per_second,
         )
         model, ema_weights = self.trainer.weights()
-        summary = {"stats": stats_dict(stats), "ids": ids, "skip_counts": skip_counts}
+        summary = {"stats": asdict(stats), "ids": ids, "skip_counts": skip_counts}
         return summary, {"model": model, "ema": ema_weights}, self.trainer.state()

@@ -1,7 +1,7 @@
 """Ray Tune search over lambda, R, P, K and local epochs, stopping weak trials early with ASHA.
 
 Each trial is a whole IET-AGC+ run. Its function takes the first bundle of the trial's placement
-group and runs the coordinator in-process; the shard actors it creates land in the shard bundles.
+group and runs the coordinator in-process. The shard actors it creates land in the shard bundles.
 After every round the trial evaluates the global model quickly and reports to Tune, with the round
 folder as the trial's checkpoint.
 """
@@ -106,7 +106,7 @@ def trial_resources(base: RunConfig, bundle: dict[str, float]):
     return resources
 
 
-def run_trial(params: dict[str, Any], *, base: dict[str, Any], shard_bundle: dict[str, float]) -> None:
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], bundle: dict[str, float]) -> None:
     """Train one configuration as a Tune function trainable, reporting after every round."""
     from ray_iet.coordinator import Coordinator
     from ray_iet.data.sources import decode_images
@@ -115,8 +115,8 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], shard_bundle: dic
 
     trial_dir = Path(tune.get_context().get_trial_dir())
     config = trial_config(base, params, trial_dir)
-    config.resources.num_cpus_per_shard = shard_bundle["CPU"]
-    config.resources.num_gpus_per_shard = shard_bundle.get("GPU", 0.0)
+    config.resources.num_cpus_per_shard = bundle["CPU"]
+    config.resources.num_gpus_per_shard = bundle.get("GPU", 0.0)
     resume = _restore_checkpoint(config)
     prepared, resources = start_run(config, resume=resume)
     config = prepared.config
@@ -171,7 +171,7 @@ def run_tune(base: RunConfig) -> dict[str, Any]:
     bundle = shard_bundle(base, ray.cluster_resources())
     logger.info("each trial reserves %g CPU for its coordinator and %s per shard", base.tune.coordinator_cpus, bundle)
     base_values = base.to_dict()
-    trainable = tune.with_parameters(run_trial, base=base_values, shard_bundle=bundle)
+    trainable = tune.with_parameters(run_trial, base=base_values, bundle=bundle)
     scheduler = tune.schedulers.ASHAScheduler(
         time_attr="round", max_t=base.training.rounds, grace_period=min(base.tune.grace_period, base.training.rounds),
         reduction_factor=base.tune.reduction_factor,
@@ -201,8 +201,8 @@ def run_tune(base: RunConfig) -> dict[str, Any]:
 def best_result(results: Any, rounds: int) -> Any:
     """Pick the trial with the lowest final objective among those that trained every round.
 
-    Trials that ASHA stopped early are undertrained, and an undertrained model copies less and
-    so scores a low memorized fraction; they win only when no trial finished.
+    Trials that ASHA stopped early are undertrained, and an undertrained model copies less, so
+    it scores a low memorized fraction. Such trials win only when no trial finished.
     """
     reported = [results[index] for index in range(len(results)) if results[index].error is None and results[index].metrics]
     finished = [result for result in reported if result.metrics.get("round") == rounds]
